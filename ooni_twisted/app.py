@@ -1,0 +1,191 @@
+"""
+One resource for the whole API: the features' Klein apps behind a router,
+wrapped with what crosses every route (CORS, preflight, request hooks such
+as quotas, JSON 404/405, the last-resort 500).
+"""
+
+import re
+import time
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
+
+from .web.cors import apply_cors, preflight
+from .web.kit import render_api_error, render_error
+from .web.errors import ApiError
+
+log = Logger()
+
+#: Routes with the credentialed CORS policy (role-protected ones and the
+#: login routes, api-routes.md section 2.7).
+CREDENTIALED_PATHS = re.compile(
+    r"^/api/(?:"
+    r"v1/user_register|v1/user_login|v1/user_refresh_token|_/account_metadata|"
+    r"v1/set_account_role|v1/get_account_role/.*|v1/set_session_expunge|"
+    r"_/url-submission/.*|v1/url-submission/.*|_/url-priorities/update|"
+    r"v1/incidents/(?!search$|show/).*|_/ooni_run/(?:create|archive/.*)|"
+    r"_/quotas_summary|_/measurement_feedback"
+    r")$"
+)
+
+
+class RequestHooks:
+    """
+    Work done around every routed request; the quota limiter is one.
+    C{before} may return response bytes to answer without routing.
+    """
+
+    def before(self, request):
+        return None
+
+    def after(self, request, elapsed):
+        pass
+
+
+class ApiResource(Resource):
+    """
+    Dispatch to the first feature whose routes match the path.
+    """
+
+    isLeaf = True
+
+    def __init__(self, features, hooks=(), clock=time.monotonic):
+        Resource.__init__(self)
+        self._routes = []
+        for feature in features:
+            bound = feature.app
+            self._routes.append((bound.url_map, bound.resource()))
+        self._hooks = tuple(hooks)
+        self._clock = clock
+
+    def _find(self, request):
+        path = request.path.decode("utf-8", "replace")
+        method = request.method.decode("ascii", "replace")
+        fallback = None
+        for url_map, resource in self._routes:
+            adapter = url_map.bind("localhost", path_info=path)
+            try:
+                adapter.match(path, method=method)
+            except RequestRedirect:
+                return resource, None
+            except MethodNotAllowed as e:
+                fallback = fallback or (None, e)
+                continue
+            except NotFound:
+                continue
+            return resource, None
+        return fallback or (None, NotFound())
+
+    def render(self, request):
+        started = self._clock()
+        path = request.path.decode("utf-8", "replace")
+        credentialed = bool(CREDENTIALED_PATHS.match(path))
+        apply_cors(request, credentialed)
+        request.notifyFinish().addBoth(self._finished, request, started)
+        try:
+            for hook in self._hooks:
+                answer = hook.before(request)
+                if answer is not None:
+                    return answer
+            if request.method == b"OPTIONS":
+                return preflight(request, credentialed)
+            resource, error = self._find(request)
+            if resource is None:
+                if isinstance(error, MethodNotAllowed):
+                    allowed = ", ".join(error.valid_methods or [])
+                    return render_error(
+                        request, 405, {"error": "Method not allowed"},
+                        headers={b"Allow": allowed.encode("ascii")},
+                    )
+                return render_error(request, 404, {"error": "Not found"})
+            return resource.render(request)
+        except ApiError as e:
+            return render_api_error(request, e)
+        except Exception as e:
+            log.failure("unhandled error routing {uri}", uri=request.uri)
+            return render_error(request, 500, {"error": str(e) or "unhandled error"})
+
+    def _finished(self, result, request, started):
+        elapsed = self._clock() - started
+        for hook in self._hooks:
+            try:
+                hook.after(request, elapsed)
+            except Exception:
+                log.failure("request hook failed")
+        return None
+
+
+
+
+
+class Context:
+    """
+    What the features are given: configuration, reactor, database, pools,
+    the timer service and the request-wide helpers. Built once per server.
+    """
+
+    def __init__(self, config, reactor, clickhouse, file_pool, timers):
+        from .accounts.sessions import Sessions
+        from .web.clientip import ClientAddress
+
+        self.config = config
+        self.reactor = reactor
+        self.clickhouse = clickhouse
+        self.file_pool = file_pool
+        self.timers = timers
+        self.client_address = ClientAddress(config.trusted_proxies)
+        self.sessions = Sessions(config.jwt_encryption_key, clickhouse, reactor)
+        self.hooks = []
+        self._closers = []
+        self._admin_listeners = []
+
+    def on_close(self, function):
+        """
+        Call C{function} when the server stops (after the services).
+        """
+        self._closers.append(function)
+
+    def on_admin_command(self, function):
+        """
+        Call C{function(name)} after an admin command ran in this server
+        (to refresh in-memory copies of the tables it changed).
+        """
+        self._admin_listeners.append(function)
+
+    def admin_command_done(self, name):
+        for function in self._admin_listeners:
+            try:
+                function(name)
+            except Exception:
+                log.failure("admin command listener failed")
+
+    def close(self):
+        for function in reversed(self._closers):
+            try:
+                function()
+            except Exception:
+                log.failure("error while closing")
+
+
+def build_context(api_service):
+    return Context(
+        api_service.config,
+        api_service.reactor,
+        api_service.clickhouse,
+        api_service.file_pool,
+        api_service.timers,
+    )
+
+
+async def build_resource(context):
+    """
+    Assemble every feature, in routing order (literal paths before the
+    catch-all pages), into one resource.
+    """
+    from .pages import PageRoutes
+
+    features = []
+    features.append(PageRoutes(context.clickhouse))
+    return ApiResource(features, hooks=context.hooks)
