@@ -11,8 +11,9 @@ import os
 import sys
 import time
 
-from twisted.application import service, strports
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.application import service
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -80,6 +81,8 @@ class ApiService(service.MultiService):
         self.timers = service.MultiService()
         self.clickhouse = None
         self.context = None
+        self.site = None
+        self.http_port = None
         self.ready = Deferred()
 
     def startService(self):
@@ -100,14 +103,13 @@ class ApiService(service.MultiService):
         resource = await ensureDeferred(build_resource(self.context))
         from .web.site import ApiSite
 
-        site = ApiSite(resource, config.max_body_size)
-        http = strports.service(config.listen, site, reactor=self.reactor)
-        http.setName("http")
-        http.setServiceParent(self)
+        self.site = ApiSite(resource, config.max_body_size)
         self.timers.setServiceParent(self)
         from .control import control_service
 
         control_service(self).setServiceParent(self)
+        endpoint = serverFromString(self.reactor, config.listen)
+        self.http_port = await endpoint.listen(self.site)
         log.info("ooni-api ready on {listen}", listen=config.listen)
         return self
 
@@ -119,6 +121,16 @@ class ApiService(service.MultiService):
             self.reactor.stop()
 
     def stopService(self):
+        if not self.running:
+            return succeed(None)
+        port, self.http_port = self.http_port, None
+        if port is not None:
+            d = port.stopListening()
+            d.addBoth(lambda _: self._stop_children())
+            return d
+        return self._stop_children()
+
+    def _stop_children(self):
         d = service.MultiService.stopService(self)
 
         def close(result):
