@@ -375,7 +375,11 @@ class ChdbBackend:
         arrays = {}
         for i, column in enumerate(columns):
             values = [row[i] for row in rows]
-            arrays[column] = pa.array(values)
+            try:
+                arrays[column] = pa.array(values)
+            except (OverflowError, pa.ArrowInvalid):
+                # integers past int64 need an explicit unsigned type
+                arrays[column] = pa.array(values, type=pa.uint64())
         arrow_table = pa.table(arrays)  # noqa: F841 - read by chDB by name
         column_list = ", ".join(f"`{c}`" for c in columns)
         sql = (
