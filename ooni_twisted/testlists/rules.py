@@ -6,19 +6,10 @@ identical row with sign -1). Owns C{url_priorities} and its seeding marker.
 
 import json
 
+from .prioritization import DEFAULT_RULES
+
 COLUMNS = ("sign", "category_code", "cc", "domain", "url", "priority")
 RULE_FIELDS = ("category_code", "cc", "domain", "url", "priority")
-
-#: Default rules seeded into a never-used table (api-routes.md section 8.7).
-DEFAULT_RULE_PRIORITIES = (
-    ("NEWS", 100), ("POLR", 100), ("HUMR", 100), ("LGBT", 100), ("ANON", 100),
-    ("COMT", 100), ("GRP", 100), ("MMED", 80), ("SRCH", 80), ("PUBH", 80),
-    ("REL", 60), ("XED", 60), ("HOST", 60), ("ENV", 60), ("FILE", 40),
-    ("CULTR", 40), ("IGO", 40), ("GOVT", 40), ("DATE", 30), ("HATE", 30),
-    ("MILX", 30), ("PROV", 30), ("PORN", 30), ("GMB", 30), ("ALDR", 30),
-    ("GAME", 20), ("MISC", 20), ("HACK", 20), ("ECON", 20), ("COMM", 20),
-    ("CTRL", 20),
-)
 
 _SEEDED_KEY = "url_priorities_seeded"
 
@@ -97,7 +88,7 @@ def seed_defaults(backend):
     )
     if seeded:
         return False
-    rows = [(1, code, "*", "*", "*", priority) for code, priority in DEFAULT_RULE_PRIORITIES]
+    rows = [_row(rule, 1) for rule in DEFAULT_RULES]
     backend.insert("url_priorities", COLUMNS, rows)
     _mark_seeded(backend)
     return True
