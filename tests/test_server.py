@@ -34,6 +34,13 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(body, {"error": "Method not allowed"})
 
     @deferred_test
+    async def test_undecodable_path(self):
+        """A path that is not UTF-8 once unquoted is a JSON 404, not a framework error."""
+        server = await start_server(self, make_config(self.mktemp()))
+        response, body = await server.client.get("/files/by_country/%ff%fe")
+        self.assertEqual((response.code, body), (404, {"error": "Not found"}))
+
+    @deferred_test
     async def test_robots_and_redirects(self):
         """robots.txt and the legacy redirects answer as the reference does."""
         server = await start_server(self, make_config(self.mktemp()))

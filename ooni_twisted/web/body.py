@@ -47,8 +47,8 @@ def json_body(request, expect=dict, message=JSON_EXPECTED, error=None):
 
 
 def is_json_content(request):
-    value = request.getHeader(b"content-type") or ""
-    return value.split(";")[0].strip().lower() == "application/json"
+    value = request.getHeader(b"content-type") or b""
+    return value.split(b";")[0].strip().lower() == b"application/json"
 
 
 def strict_json_body(request, expect=dict, message=JSON_EXPECTED, error=None):
