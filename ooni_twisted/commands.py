@@ -82,11 +82,22 @@ def create_token(backend, config, args, out, now=None):
     return 0
 
 
+def import_measurements(backend, config, args, out):
+    # Imported on use: the importer pulls in scoring and the archive.
+    from .measurements.importer import import_measurements as run
+
+    return run(backend, config, args, out)
+
+
+import_measurements.runs_locally = True
+
+
 #: name -> (function, needs the database)
 COMMANDS = {
     "init-db": init_db,
     "import-test-lists": import_test_lists,
     "import-url-priorities": import_url_priorities,
+    "import-measurements": import_measurements,
     "set-role": set_role,
     "create-token": create_token,
 }
