@@ -191,6 +191,11 @@ class ImportUidPartsTests(SynchronousTestCase):
         msmt = {"probe_cc": "U_S", "test_name": "../web_conn"}
         self.assertEqual(import_uid_parts("legacy", msmt), ("US", "webconn"))
 
+    def test_cc_not_two_characters(self):
+        """A probe_cc that is not two characters gives a ZZ uid part."""
+        self.assertEqual(import_uid_parts("legacy", {"probe_cc": "USA", "test_name": "x"}), ("ZZ", "x"))
+        self.assertEqual(import_uid_parts("legacy", {"probe_cc": "U", "test_name": "x"}), ("ZZ", "x"))
+
 
 class RandomIntIdTests(SynchronousTestCase):
     def test_numeric_collector(self):

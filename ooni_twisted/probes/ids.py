@@ -124,8 +124,8 @@ def import_uid_parts(report_id, measurement):
     other report_id (legacy formats, missing) falls back to the
     measurement's `probe_cc` (`ZZ` when missing) and `test_name` without
     `_` (CONTRACT.md, import-measurements).  Characters that would break
-    the uid's four parts or a directory name are dropped; a test name left
-    empty becomes `unknown`.
+    the uid's four parts or a directory name are dropped; a cc that is then
+    not two characters becomes `ZZ`, a test name left empty `unknown`.
     """
     try:
         parsed = parse_report_id(report_id)
@@ -137,7 +137,7 @@ def import_uid_parts(report_id, measurement):
         measurement = {}
     cc = measurement.get("probe_cc")
     cc = _keep_alnum(cc) if isinstance(cc, str) else ""
-    if not cc:
+    if len(cc) != 2:
         cc = "ZZ"
     testname = measurement.get("test_name")
     testname = _keep_alnum(testname) if isinstance(testname, str) else ""
