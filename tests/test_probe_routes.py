@@ -33,6 +33,9 @@ MEASUREMENT = {
     },
 }
 
+#: The smallest body a probe can submit: an envelope around an empty measurement.
+EMPTY_ENVELOPE = b'{"format":"json","content":{}}'
+
 
 def load_test_lists(backend):
     rows = citizenlab.read_test_lists(DATA.child("test-lists").path).rows
@@ -543,7 +546,8 @@ class ReportTests(unittest.TestCase):
         self.assertEqual(await server.context.spool.get(uid), plain)
 
         # zstd: the decompressed body is hashed and stored
-        inner = json.dumps(dict(MEASUREMENT, extra="zstd")).encode() * 50
+        padded = dict(MEASUREMENT["content"], padding="zstd " * 2000)
+        inner = json.dumps(dict(MEASUREMENT, content=padded)).encode()
         compressed = zstandard.ZstdCompressor().compress(inner)
         response, body = await server.client.post(
             f"/report/{report_id}",
@@ -591,6 +595,12 @@ class ReportTests(unittest.TestCase):
                 f"/report/{good}", data=data, headers=zstd_header
             )
             self.assertEqual((response.code, body), (400, {"error": "Incorrect format"}))
+        for data in (b"not json at all", b"[1, 2]", b'{"format": "json"}', b"\xff\xfe{}"):
+            response, body = await server.client.post(f"/report/{good}", data=data)
+            self.assertEqual((response.code, body), (400, {"error": "Incorrect format"}), data)
+        frame = zstandard.ZstdCompressor().compress(b"definitely not json")
+        response, body = await server.client.post(f"/report/{good}", data=frame, headers=zstd_header)
+        self.assertEqual((response.code, body), (400, {"error": "Incorrect format"}))
         bomb = zstandard.ZstdCompressor().compress(b"\0" * (200 << 20))
         self.assertLess(len(bomb), 1000000)
         response, body = await server.client.post(
@@ -599,7 +609,7 @@ class ReportTests(unittest.TestCase):
         self.assertEqual(response.code, 413)
         self.assertEqual(body, {"error": "Request body too large"})
         self.assertEqual(server.context.spool.core.pending_count(), 0)
-        response, body = await server.client.post(f"/report/{good}", data=b'{"ok": 1}')
+        response, body = await server.client.post(f"/report/{good}", data=EMPTY_ENVELOPE)
         self.assertEqual(response.code, 200)
         self.assertIn("measurement_uid", body)
         response, _ = await server.client.get("/health")
@@ -639,13 +649,13 @@ class ReportTests(unittest.TestCase):
         _, opened = await server.client.post(
             "/report", {"probe_cc": "IT", "probe_asn": "AS3269", "test_name": "ndt"}
         )
-        _, body = await server.client.post(f"/report/{opened['report_id']}", data=b"{}")
+        _, body = await server.client.post(f"/report/{opened['report_id']}", data=EMPTY_ENVELOPE)
         uid = body["measurement_uid"]
         path = f"/measurement_spool/{hourdir(uid)}/{uid}.post"
         response, _ = await server.client.get(path, headers=forwarded("5.6.7.8"))
         self.assertEqual(response.code, 403)
         response, _ = await server.client.get(path)
-        self.assertEqual((response.code, response.body), (200, b"{}"))
+        self.assertEqual((response.code, response.body), (200, EMPTY_ENVELOPE))
 
     @deferred_test
     async def test_spool_path_peers(self):
@@ -656,7 +666,7 @@ class ReportTests(unittest.TestCase):
         _, opened = await server.client.post(
             "/report", {"probe_cc": "IT", "probe_asn": "AS3269", "test_name": "ndt"}
         )
-        _, body = await server.client.post(f"/report/{opened['report_id']}", data=b"{}")
+        _, body = await server.client.post(f"/report/{opened['report_id']}", data=EMPTY_ENVELOPE)
         uid = body["measurement_uid"]
         path = f"/measurement_spool/{hourdir(uid)}/{uid}.post"
         response, _ = await server.client.get(path, headers=forwarded("5.6.7.8"))

@@ -48,7 +48,7 @@ log = Logger()
 #: Plain bodies up to this size are hashed on the reactor; larger ones,
 #: and every zstd body (its size says nothing of what it expands to), in
 #: a thread.
-INLINE_BODY_BYTES = 256 * 1024
+INLINE_BODY_BYTES = 64 * 1024
 
 #: Compressed bytes fed to the decompressor per step: zstd expands at most
 #: about 32768-fold, so one step never overshoots the limit by more than a
@@ -204,6 +204,23 @@ def _open_geoip(config):
             continue
         paths[argument] = path
     return GeoIP(**paths)
+
+
+def check_envelope(body):
+    """
+    Refuse a submission that is not a JSON envelope object with a
+    C{content}: it could never be ingested, so the probe is told now
+    rather than acknowledged and quarantined later. The body itself is
+    stored unchanged.
+
+    @raise ValueError: when it is not.
+    """
+    try:
+        envelope = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError("not JSON")
+    if not isinstance(envelope, dict) or "content" not in envelope:
+        raise ValueError("not a measurement envelope")
 
 
 class ProbeRoutes:
@@ -372,9 +389,10 @@ class ProbeRoutes:
         for large bodies; see L{_stored_body}.
         """
         data = raw_body(request)
-        if not compressed:
-            return data
-        return decompress_zstd(data, self._config.max_body_size)
+        if compressed:
+            data = decompress_zstd(data, self._config.max_body_size)
+        check_envelope(data)
+        return data
 
     async def _stored_body(self, request, compressed):
         length = request.content.seek(0, 2)
