@@ -217,6 +217,7 @@ _KEYS = {
     "ingest_interval": ("2", _positive_float("ingest_interval")),
     "query_timeout": ("30", _positive_float("query_timeout")),
     "clickhouse_threads": ("8", _int("clickhouse_threads")),
+    "ingest_workers": ("1", _int("ingest_workers")),
     "max_body_size": ("33554432", _int("max_body_size")),
     "development": ("false", _bool("development")),
 }
@@ -285,6 +286,7 @@ class Config:
     ingest_interval: float
     query_timeout: float
     clickhouse_threads: int
+    ingest_workers: int
     max_body_size: int
     development: bool
     source: str = field(default="", compare=False)
@@ -345,6 +347,8 @@ def parse_config(values, base_dir, source="<config>"):
                     f"{source}: {key} must be set (or set development = true)"
                 )
             parsed[key] = DEV_SECRET
+    if parsed["ingest_workers"] < 0:
+        raise ConfigError(f"{source}: ingest_workers must be 0 or more")
     if parsed["clickhouse_threads"] < 1:
         raise ConfigError(f"{source}: clickhouse_threads must be at least 1")
     return Config(source=source, **parsed)

@@ -551,3 +551,51 @@ class ServerTests(unittest.TestCase):
         self.assertEqual((response.code, body), (200, m))
         self.assertEqual(server.context.spool.core.pending_count(), 0)
         self.assertGreaterEqual(server.context.ingestor.totals.measurements, 1)
+
+
+class WorkerProcessTests(PipelineFixture, unittest.TestCase):
+    """Step 1 in worker processes gives what it gives in process."""
+
+    def setUp(self):
+        PipelineFixture.setUp(self)
+        from ooni_twisted.measurements.importer import WorkerPool
+
+        self.workers = WorkerPool(1)
+        self.addCleanup(self.workers.close)
+
+    def records(self):
+        return [
+            (measurement_uid(utcnow(), "IT", "webconnectivity", line), line, "seg")
+            for line in (
+                json.dumps({"format": "json", "content": msm}, separators=(",", ":")).encode()
+                for _, _, msm in SAMPLES[:8]
+            )
+        ] + [("20240101000000.000000_IT_webconnectivity_0123456789abcdef", b"garbage", "seg")]
+
+    def test_same_as_in_process(self):
+        """Rows, lines, members and quarantine reasons equal those prepared in process."""
+        records = self.records()
+        self.ingestor._workers = self.workers
+        from_workers = self.ingestor._prepare_in_workers(list(records), list(range(len(records))))
+        for (uid, body, segment), p in zip(records, from_workers):
+            here = ingestion.prepare(uid, body, FPS, segment).compress()
+            self.assertEqual(
+                (p.uid, p.kind, p.reason, p.line, p.member, p.row, p.body),
+                (here.uid, here.kind, here.reason, here.line, here.member, here.row, body),
+            )
+
+    def test_dead_worker_falls_back(self):
+        """When the worker process dies, the pass is prepared in process and nothing is lost."""
+        uid, body, _ = self.records()[0]
+        self.spool_records([(uid, body)])
+        self.ingestor._workers = self.workers
+        for proc in self.workers._procs:
+            proc.kill()
+            proc.wait()
+        stats = self.drain()
+        self.assertEqual(stats.measurements, 1)
+        self.assertIsNone(self.ingestor._workers)
+        self.assertEqual(self.count("fastpath", f"measurement_uid = '{uid}'"), 1)
+        from ooni_twisted.measurements.importer import WorkerFailed
+
+        self.assertEqual(len(self.flushLoggedErrors(WorkerFailed)), 1)

@@ -294,6 +294,24 @@ def prepare_lines(items, fingerprints, now, ingest=True):
     return out
 
 
+#: The frame tag of spooled records sent to a worker (import lines are lists).
+RECORDS = "records"
+
+
+def prepare_records(records, fingerprints):
+    """
+    Step 1 of ingestion for spooled C{(uid, body, segment)} records, with
+    the archive members built, in a worker process. Bodies are not sent
+    back: the caller still has them.
+    """
+    out = []
+    for uid, body, segment in records:
+        p = prepare(uid, body, fingerprints, segment).compress()
+        p.body = None
+        out.append(p)
+    return out
+
+
 def _utcnow():
     return datetime.now(timezone.utc)
 
@@ -383,6 +401,19 @@ class WorkerPool:
             raise WorkerFailed(f"worker {index} does not take work: {e}")
         return _Pending(self, index)
 
+    def submit_records(self, records):
+        """
+        Send spooled C{(uid, body, segment)} records to be prepared (the
+        server's ingestion); the result is their L{Prepared}, bodies left out.
+        """
+        index = self._next
+        self._next = (index + 1) % len(self._procs)
+        try:
+            _write_frame(self._procs[index].stdin, (RECORDS, records))
+        except (OSError, ValueError) as e:
+            raise WorkerFailed(f"worker {index} does not take work: {e}")
+        return _Pending(self, index)
+
     def _result(self, index):
         answers = self._answers[index]
         while True:
@@ -421,10 +452,13 @@ def _worker_main():
     fingerprints = load_fingerprints()
     while True:
         try:
-            items, ingest = _read_frame(stdin)
+            first, second = _read_frame(stdin)
         except EOFError:
             return
-        _write_frame(stdout, prepare_lines(items, fingerprints, _utcnow, ingest))
+        if first == RECORDS:
+            _write_frame(stdout, prepare_records(second, fingerprints))
+        else:
+            _write_frame(stdout, prepare_lines(first, fingerprints, _utcnow, second))
 
 
 class Importer:

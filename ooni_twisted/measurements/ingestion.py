@@ -647,6 +647,10 @@ def run_sync(d):
 # -- the pass ----------------------------------------------------------------------------
 
 
+#: Records per message to an ingestion worker process.
+WORKER_CHUNK = 256
+
+
 class Ingestor:
     """
     Drains a L{Spool} into the archive, jsonl and fastpath: L{ingest_once}
@@ -673,6 +677,7 @@ class Ingestor:
         collector_id="0",
         cache=None,
         max_pass_bytes=MAX_PASS_BYTES,
+        workers=None,
     ):
         self._spool = spool
         self._db = clickhouse
@@ -684,6 +689,7 @@ class Ingestor:
         self._collector_id = collector_id
         self._cache = cache
         self._max_pass_bytes = max_pass_bytes
+        self._workers = workers
         self._lock = DeferredLock()
         self._hints = {}
         self.stopping = False
@@ -727,16 +733,46 @@ class Ingestor:
         fingerprints = self._fingerprints
         hints = self._hints
         prepared = []
+        todo = []
         for segment in segments:
             found = records[segment] if records is not None else core.records(segment)
             for uid, body in found:
                 p = hints.pop(uid, None)
                 if p is None:
-                    p = prepare(uid, body, fingerprints, segment)
+                    todo.append(len(prepared))
+                    p = (uid, body, segment)
                 else:
                     p.segment, p.body = segment, body
                 prepared.append(p)
+        if not todo:
+            return prepared
+        if self._workers is not None:
+            try:
+                return self._prepare_in_workers(prepared, todo)
+            except Exception:
+                # A dead worker process: carry on in this one from now on.
+                log.failure("ingestion worker failed; preparing in process")
+                self._workers = None
+        for index in todo:
+            uid, body, segment = prepared[index]
+            prepared[index] = prepare(uid, body, fingerprints, segment)
         return prepared
+
+    def _prepare_in_workers(self, prepared, todo):
+        """
+        Step 1 in the worker processes, so that scoring and compression use
+        another core than the reactor's. Blocking (waits for the workers).
+        """
+        chunks = [todo[i : i + WORKER_CHUNK] for i in range(0, len(todo), WORKER_CHUNK)]
+        pending = [
+            (chunk, self._workers.submit_records([prepared[i] for i in chunk])) for chunk in chunks
+        ]
+        out = list(prepared)
+        for chunk, answer in pending:
+            for index, p in zip(chunk, answer.result()):
+                p.body = prepared[index][1]
+                out[index] = p
+        return out
 
     def _plan(self, prepared, known):
         return plan_pass(prepared, known, self._collector_id)
@@ -868,6 +904,12 @@ async def start_ingestion(context):
     """
     fingerprints = await deferToThreadPool(context.reactor, context.file_pool, load_fingerprints)
     config = context.config
+    workers = None
+    if config.ingest_workers:
+        from .importer import WorkerPool
+
+        workers = WorkerPool(config.ingest_workers)
+        context.on_close(workers.close)
     ingestor = Ingestor(
         context.spool,
         context.clickhouse,
@@ -878,6 +920,7 @@ async def start_ingestion(context):
         context.file_pool,
         collector_id=config.collector_id,
         cache=getattr(context, "cache", None),
+        workers=workers,
     )
     ingestor.service(config.ingest_interval, context.reactor).setServiceParent(context.timers)
     return ingestor
