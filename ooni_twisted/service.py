@@ -13,7 +13,7 @@ import time
 
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -123,27 +123,30 @@ class ApiService(service.MultiService):
     def stopService(self):
         if not self.running:
             return succeed(None)
+        return ensureDeferred(self._stop())
+
+    async def _stop(self):
+        """
+        Stop in dependency order: no new requests, then the timers (a pass
+        in flight finishes while the pools still run), then everything
+        else, then close what the pools used. Twisted's thread pool drops
+        work submitted after it stops, so the order matters.
+        """
         port, self.http_port = self.http_port, None
         if port is not None:
-            d = port.stopListening()
-            d.addBoth(lambda _: self._stop_children())
-            return d
-        return self._stop_children()
-
-    def _stop_children(self):
-        d = service.MultiService.stopService(self)
-
-        def close(result):
-            if self.clickhouse is not None:
-                self.clickhouse.backend.close()
+            await port.stopListening()
+        if self.timers.running:
+            await self.timers.stopService()
+        service.Service.stopService(self)
+        try:
+            for child in reversed(list(self)):
+                if child is not self.timers and child.running:
+                    await maybeDeferred(child.stopService)
+        finally:
             if self.context is not None:
                 self.context.close()
-            return result
-
-        if d is None:
-            close(None)
-            return None
-        return d.addBoth(close)
+            if self.clickhouse is not None:
+                self.clickhouse.backend.close()
 
 
 def check_config(options):
