@@ -6,6 +6,7 @@ as quotas, JSON 404/405, the last-resort 500).
 
 import re
 import time
+from urllib.parse import unquote
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -59,10 +60,43 @@ class ApiResource(Resource):
             self._routes.append((bound.url_map, bound.resource()))
         self._hooks = tuple(hooks)
         self._clock = clock
+        self._literal = self._literal_answers()
+
+    def _literal_answers(self):
+        """
+        C{_match}'s answer for every path a rule spells out without
+        converters, under every method a rule names: most requests are for
+        those, and a dict lookup replaces matching them against each
+        feature's map. The maps never change, so the answers cannot either.
+        """
+        paths, methods = set(), set()
+        for url_map, _ in self._routes:
+            for rule in url_map.iter_rules():
+                methods.update(rule.methods or ())
+                if not rule.arguments:
+                    paths.add(rule.rule)
+        return {
+            (path, method): self._match(path, method)
+            for path in paths
+            for method in methods
+        }
 
     def _find(self, request):
-        path = request.path.decode("utf-8", "replace")
+        try:
+            path = unquote(request.path.decode("ascii"), errors="strict")
+        except UnicodeError:
+            return None, NotFound()
         method = request.method.decode("ascii", "replace")
+        answer = self._literal.get((path, method))
+        if answer is not None:
+            return answer
+        return self._match(path, method)
+
+    def _match(self, path, method):
+        """
+        The first feature whose map matches (or redirects) C{path}; else
+        the first 405 or a 404, as (resource or None, error or None).
+        """
         fallback = None
         for url_map, resource in self._routes:
             adapter = url_map.bind("localhost", path_info=path)
@@ -138,6 +172,7 @@ class Context:
         self.client_address = ClientAddress(config.trusted_proxies)
         self.sessions = Sessions(config.jwt_encryption_key, clickhouse, reactor)
         self.hooks = []
+        self.geoip = self.spool = self.priorities = None  # set by build_resource
         self._closers = []
         self._admin_listeners = []
 
@@ -185,7 +220,32 @@ async def build_resource(context):
     catch-all pages), into one resource.
     """
     from .pages import PageRoutes
+    from .ratelimit import build_quotas
 
     features = []
+    from .measurements.bodies import open_archive
+    from .storage.cache import open_cache
+
+    context.archive = open_archive(context.config, context.reactor, context.file_pool)
+    context.on_close(context.archive.close)
+    context.cache = open_cache(context.config, context.reactor)
+    context.on_close(context.cache.close)
+    quotas = build_quotas(context)
+    context.hooks.append(quotas.hook)
+    features.append(quotas.routes)
+    from .probes.routes import ProbeRoutes, open_probe_services
+    from .testlists.live import start_live_priorities
+    from .testlists.routes import TestListRoutes
+
+    context.priorities = await start_live_priorities(context)
+    await open_probe_services(context)  # context.geoip, context.spool
+    from .measurements.ingestion import start_ingestion
+
+    context.ingestor = await start_ingestion(context)  # drains context.spool
+    features.append(ProbeRoutes(context))
+    features.append(TestListRoutes(context))
+    from .measurements.routes import MeasurementRoutes
+
+    features.append(MeasurementRoutes.from_context(context))
     features.append(PageRoutes(context.clickhouse))
     return ApiResource(features, hooks=context.hooks)

@@ -120,6 +120,15 @@ class ChdbBackendTests(unittest.TestCase):
             "SELECT sleepEachRow(0.5) FROM numbers(6) SETTINGS max_block_size = 1",
         )
 
+    def test_query_after_timeout(self):
+        """A query that timed out mid-output leaves nothing behind for the next one."""
+        self.assertRaises(
+            QueryTimeout,
+            self.backend.query,
+            "SELECT number, sleepEachRow(0.3) FROM numbers(20) SETTINGS max_block_size = 1",
+        )
+        self.assertEqual(self.backend.query("SELECT 1 AS x"), [{"x": 1}])
+
     def test_schema_idempotent(self):
         """Migrating twice applies nothing the second time and keeps the lookups."""
         self.assertEqual(schema.migrate(self.backend), [1])

@@ -4,6 +4,10 @@ Pure builders (api-routes.md §9 and §12.10): the route hands in the parsed
 JSON body, the geolocation, the client address, the URL list, the clock
 and the randomness source, and renders what comes back.  Bad input raises
 BadProbeRequest, whose message is the 400 error text.
+
+The check-in answers exist twice: build_checkin_v1/v2 state them as plain
+objects, and CheckinEncoder renders the same bytes (the hot path of the
+probe routes) without a generic JSON pass over each answer.
 """
 
 import ipaddress
@@ -12,12 +16,15 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta, timezone
+from json.encoder import encode_basestring_ascii as _quote
 
 from ooni_twisted.probes.ids import (
     new_report_id,
+    new_report_ids,
     normalize_probe_asn,
     normalize_probe_cc,
 )
+from ooni_twisted.web.jsonenc import dumps
 
 __all__ = [
     "BadProbeRequest",
@@ -32,6 +39,7 @@ __all__ = [
     "choose_location",
     "build_checkin_v1",
     "build_checkin_v2",
+    "CheckinEncoder",
     "collectors",
     "bouncer_response",
     "open_report",
@@ -179,23 +187,31 @@ def _legacy_pair(address):
     return [{"address": address, "type": "legacy"} for _ in range(2)]
 
 
-def _rotation_shift(client_ip):
+def _address(client_ip):
+    """The parsed client address, or None when it is not one."""
+    try:
+        return ipaddress.ip_address(client_ip)
+    except (ValueError, TypeError):
+        return None
+
+
+def _rotation_shift(address):
     """How far the four https helpers are rotated for this client.
 
     Addresses whose integer value ends (mod 100) in 0..9 start with 0.th,
     which is kept for about 10 % of probes to trial new releases; the rest
-    spread over 1.th-3.th.  Unparsable addresses behave like q = 12.
+    spread over 1.th-3.th.  Unparsable addresses (None) behave like q = 12.
     """
-    try:
-        q = int(ipaddress.ip_address(client_ip)) % 100
-    except (ValueError, TypeError):
-        q = 12
+    q = 12 if address is None else int(address) % 100
     return 0 if q < 10 else q % 3 + 1
 
 
 def test_helpers(client_ip):
     """The test helpers object of check-in and GET /api/v1/test-helpers."""
-    shift = _rotation_shift(client_ip)
+    return _helpers_for_shift(_rotation_shift(_address(client_ip)))
+
+
+def _helpers_for_shift(shift):
     web_connectivity = [
         {"address": "https://%d.th.ooni.org" % ((n + shift) % 4), "type": "https"}
         for n in range(4)
@@ -322,10 +338,8 @@ def choose_location(request, geo):
 # Check-in responses (§9.4, §9.5)
 
 
-def _second_octet(client_ip):
-    try:
-        address = ipaddress.ip_address(client_ip)
-    except (ValueError, TypeError):
+def _second_octet(address):
+    if address is None:
         return None
     if address.version == 6:
         address = address.ipv4_mapped
@@ -334,12 +348,26 @@ def _second_octet(client_ip):
     return address.packed[1]
 
 
-def _features(client_ip, torsf):
+def _client_variant(client_ip):
+    """(helper rotation, webconnectivity_0.5 flag): all the conf depends on."""
+    address = _address(client_ip)
+    return _rotation_shift(address), _second_octet(address) in (34, 239)
+
+
+def _features(webconnectivity_05, torsf):
     """Feature flags; webconnectivity_0.5 goes to second octets 34 and 239."""
     features = {"torsf_enabled": True} if torsf else {}
-    if _second_octet(client_ip) in (34, 239):
+    if webconnectivity_05:
         features["webconnectivity_0.5"] = True
     return features
+
+
+def _conf(client_ip, torsf):
+    shift, webconnectivity_05 = _client_variant(client_ip)
+    return {
+        "features": _features(webconnectivity_05, torsf),
+        "test_helpers": _helpers_for_shift(shift),
+    }
 
 
 def _as_utc(now):
@@ -369,18 +397,14 @@ def build_checkin_v1(geo, cc, asn, urls, client_ip, collector_id, now, rand=os.u
     geo: GeoIP.lookup() result, reported as is; cc, asn: choose_location();
     urls: the web_connectivity items {category_code, country_code, url}.
     """
+    report_ids = new_report_ids(CHECKIN_V1_TESTS, cc, asn, collector_id, now, rand)
     tests = {}
-    for test_name in CHECKIN_V1_TESTS:
-        tests[test_name] = {
-            "report_id": new_report_id(test_name, cc, asn, collector_id, now, rand)
-        }
+    for test_name, report_id in zip(CHECKIN_V1_TESTS, report_ids):
+        tests[test_name] = {"report_id": report_id}
     tests["web_connectivity"]["urls"] = urls
     response = {"v": 1}
     response.update(_head(geo, now))
-    response["conf"] = {
-        "features": _features(client_ip, torsf=True),
-        "test_helpers": test_helpers(client_ip),
-    }
+    response["conf"] = _conf(client_ip, torsf=True)
     response["tests"] = tests
     return response
 
@@ -411,19 +435,216 @@ def build_checkin_v2(geo, cc, asn, urls, client_ip, collector_id, now, rand=os.u
     """The experimental /api/_/check-in response object (same arguments as v1)."""
     response = {"v": 2}
     response.update(_head(geo, now))
-    response["conf"] = {
-        "features": _features(client_ip, torsf=False),
-        "test_helpers": test_helpers(client_ip),
-    }
+    response["conf"] = _conf(client_ip, torsf=False)
+    report_ids = new_report_ids(CHECKIN_V2_NETTESTS, cc, asn, collector_id, now, rand)
     response["nettests"] = [
         {
             "test_name": test_name,
-            "report_id": new_report_id(test_name, cc, asn, collector_id, now, rand),
+            "report_id": report_id,
             "targets": _targets(test_name, urls),
         }
-        for test_name in CHECKIN_V2_NETTESTS
+        for test_name, report_id in zip(CHECKIN_V2_NETTESTS, report_ids)
     ]
     return response
+
+
+# Check-in responses as bytes: the hot path of the probe routes
+
+
+def _fragment(value):
+    """The JSON text jsonenc.dumps gives for `value`, without its newline."""
+    if type(value) is str:
+        return _quote(value)
+    return dumps(value)[:-1].decode("ascii")
+
+
+def _plain_url(item):
+    """(category_code, country_code, url) of a plain list item, else None."""
+    if type(item) is not dict or len(item) != 3:
+        return None
+    parts = (item.get("category_code"), item.get("country_code"), item.get("url"))
+    for part in parts:
+        if type(part) is not str:
+            return None
+    return parts
+
+
+def _urls_v1(urls):
+    out = []
+    for item in urls:
+        parts = _plain_url(item)
+        if parts is None:
+            return _fragment(urls)
+        out.append(
+            '{"category_code":%s,"country_code":%s,"url":%s}'
+            % (_quote(parts[0]), _quote(parts[1]), _quote(parts[2]))
+        )
+    return "[" + ",".join(out) + "]"
+
+
+def _urls_v2(urls):
+    out = []
+    for item in urls:
+        parts = _plain_url(item)
+        if parts is None:
+            return _fragment(_targets("web_connectivity", urls))
+        out.append(
+            '{"attributes":{"category_code":%s,"country_code":%s},"input":%s,"options":{}}'
+            % (_quote(parts[0]), _quote(parts[1]), _quote(parts[2]))
+        )
+    return "[" + ",".join(out) + "]"
+
+
+def _conf_fragments(torsf):
+    """{(rotation, webconnectivity_0.5 flag): JSON of the conf object}."""
+    return {
+        (shift, flag): _fragment(
+            {"features": _features(flag, torsf), "test_helpers": _helpers_for_shift(shift)}
+        )
+        for shift in range(4)
+        for flag in (False, True)
+    }
+
+
+def _literal(text):
+    """Constant JSON text for use in a %-template."""
+    return text.replace("%", "%%")
+
+
+def _v1_template():
+    """The v1 answer as a %-template, and where its report ids come from.
+
+    Fields, in text order: conf, probe_asn, probe_cc, probe_network_name,
+    then the report id of each test in key order (the URLs right after
+    web_connectivity's), utc_time.  Returns (template, the index into
+    CHECKIN_V1_TESTS of each report id slot, the slot followed by the URLs).
+    """
+    names = sorted(CHECKIN_V1_TESTS)
+    tests = []
+    for name in names:
+        urls = ',"urls":%s' if name == "web_connectivity" else ""
+        tests.append(_literal(_quote(name)) + ':{"report_id":%s' + urls + "}")
+    template = (
+        '{"conf":%s,"probe_asn":%s,"probe_cc":%s,"probe_network_name":%s,"tests":{'
+        + ",".join(tests)
+        + '},"utc_time":%s,"v":1}\n'
+    )
+    order = tuple(CHECKIN_V1_TESTS.index(name) for name in names)
+    return template, order, names.index("web_connectivity")
+
+
+def _v2_template():
+    """The v2 answer as a %-template.
+
+    Fields, in text order: conf, the report id of each nettest in
+    CHECKIN_V2_NETTESTS order (web_connectivity's followed by its targets,
+    the URLs), probe_asn, probe_cc, probe_network_name, utc_time.
+    Returns (template, the index of web_connectivity).
+    """
+    nettests = []
+    for name in CHECKIN_V2_NETTESTS:
+        if name == "web_connectivity":
+            targets = "%s"
+        else:
+            targets = _literal(_fragment(_targets(name, ())))
+        nettests.append(
+            '{"report_id":%s,"targets":' + targets
+            + ',"test_name":' + _literal(_quote(name)) + "}"
+        )
+    template = (
+        '{"conf":%s,"nettests":[' + ",".join(nettests)
+        + '],"probe_asn":%s,"probe_cc":%s,"probe_network_name":%s,"utc_time":%s,"v":2}\n'
+    )
+    return template, CHECKIN_V2_NETTESTS.index("web_connectivity")
+
+
+class _EncodedLists:
+    """The JSON of the URL lists seen last, by list identity, within bounds."""
+
+    def __init__(self, encode, max_lists, max_chars):
+        self._encode = encode
+        self._max_lists = max_lists
+        self._max_chars = max_chars
+        self._chars = 0
+        self._by_id = {}
+
+    def __len__(self):
+        return len(self._by_id)
+
+    @property
+    def chars(self):
+        return self._chars
+
+    def encode(self, urls):
+        if type(urls) is not list:
+            return self._encode(urls)
+        hit = self._by_id.get(id(urls))
+        if hit is not None and hit[0] is urls:
+            return hit[1]
+        fragment = self._encode(urls)
+        size = len(fragment)
+        if size <= self._max_chars:
+            by_id = self._by_id
+            while by_id and (
+                len(by_id) >= self._max_lists or self._chars + size > self._max_chars
+            ):
+                _, dropped = by_id.pop(next(iter(by_id)))
+                self._chars -= len(dropped)
+            # The list is kept with its JSON, so its id cannot be reused.
+            by_id[id(urls)] = (urls, fragment)
+            self._chars += size
+        return fragment
+
+
+class CheckinEncoder:
+    """The check-in answers, rendered straight to response bytes.
+
+    Gives exactly jsonenc.dumps(build_checkin_v1(...)) (v2 likewise) for
+    the same arguments and randomness, but spends its time only on what
+    varies per probe: the conf object exists in eight variants and the
+    test names and fixed targets never change, so their JSON is made
+    once, into a template; a URL list is encoded once per list object and
+    remembered (the prioritisation snapshot hands out the same list for
+    the same network and filters until it is replaced), so `urls` must
+    not be mutated afterwards.  Per version, at most `max_lists` lists and
+    `max_chars` characters of their JSON are remembered (oldest dropped).
+    """
+
+    def __init__(self, max_lists=1024, max_chars=8_000_000):
+        self._conf_v1 = _conf_fragments(torsf=True)
+        self._conf_v2 = _conf_fragments(torsf=False)
+        self._v1, self._v1_order, self._v1_urls_slot = _v1_template()
+        self._v2, self._v2_urls_slot = _v2_template()
+        self._urls_v1 = _EncodedLists(_urls_v1, max_lists, max_chars)
+        self._urls_v2 = _EncodedLists(_urls_v2, max_lists, max_chars)
+
+    def v1(self, geo, cc, asn, urls, client_ip, collector_id, now, rand=os.urandom):
+        """Bytes of the /api/v1/check-in answer (arguments of build_checkin_v1)."""
+        geo_cc, geo_asn, network_name = geo
+        report_ids = new_report_ids(CHECKIN_V1_TESTS, cc, asn, collector_id, now, rand)
+        fields = [
+            self._conf_v1[_client_variant(client_ip)],
+            _fragment(geo_asn),
+            _fragment(geo_cc),
+            _fragment(network_name),
+        ]
+        fields.extend([_quote(report_ids[index]) for index in self._v1_order])
+        fields.insert(5 + self._v1_urls_slot, self._urls_v1.encode(urls))
+        fields.append(_quote(_utc_time(now)))
+        return (self._v1 % tuple(fields)).encode("utf-8")
+
+    def v2(self, geo, cc, asn, urls, client_ip, collector_id, now, rand=os.urandom):
+        """Bytes of the /api/_/check-in answer (arguments of build_checkin_v2)."""
+        geo_cc, geo_asn, network_name = geo
+        conf = self._conf_v2[_client_variant(client_ip)]
+        report_ids = new_report_ids(CHECKIN_V2_NETTESTS, cc, asn, collector_id, now, rand)
+        fields = [conf]
+        fields.extend([_quote(report_id) for report_id in report_ids])
+        fields.insert(2 + self._v2_urls_slot, self._urls_v2.encode(urls))
+        fields.extend(
+            (_fragment(geo_asn), _fragment(geo_cc), _fragment(network_name), _quote(_utc_time(now)))
+        )
+        return (self._v2 % tuple(fields)).encode("utf-8")
 
 
 # Other probe services (§12.10)

@@ -15,6 +15,7 @@ __all__ = [
     "ReportIdError",
     "ParsedReportId",
     "new_report_id",
+    "new_report_ids",
     "parse_report_id",
     "measurement_uid",
     "import_uid_parts",
@@ -62,22 +63,47 @@ def _random_part(rand):
     return b64encode(rand(12), b"oo").decode("ascii")
 
 
+def _report_timestamp(now):
+    return _utc_naive(now).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _report_tail(cc, asn, collector_id):
+    """`_<CC>_<asn>_n<cid>_`: what follows the test name."""
+    return "_%s_%d_n%s_" % (cc, int(asn), collector_id)
+
+
 def new_report_id(test_name, cc, asn, collector_id, now, rand=os.urandom):
     """Build `<ts>_<testname>_<CC>_<asn>_n<cid>_<random>` (§4.1).
 
     `cc` and `asn` must already be normalised (see normalize_probe_cc /
     normalize_probe_asn); `rand(n)` returns n random bytes.
     """
-    ts = _utc_naive(now).strftime("%Y%m%dT%H%M%SZ")
     testname = test_name.lower().replace("_", "")
-    return "%s_%s_%s_%d_n%s_%s" % (
-        ts,
+    return "%s_%s%s%s" % (
+        _report_timestamp(now),
         testname,
-        cc,
-        int(asn),
-        collector_id,
+        _report_tail(cc, asn, collector_id),
         _random_part(rand),
     )
+
+
+def new_report_ids(test_names, cc, asn, collector_id, now, rand=os.urandom):
+    """new_report_id for each of `test_names`, as a list in the same order.
+
+    A check-in hands out one id per test: the timestamp and the common
+    parts are formatted once, and the random parts come from a single
+    rand(12 * len(test_names)) call (each id gets the next 12 bytes, so
+    the ids are those of consecutive new_report_id calls on a stream).
+    """
+    prefix = _report_timestamp(now) + "_"
+    tail = _report_tail(cc, asn, collector_id)
+    randoms = b64encode(rand(12 * len(test_names)), b"oo").decode("ascii")
+    # 12 bytes are exactly 16 base64 characters, so the encoding of the
+    # whole is the concatenation of the encodings of each 12-byte slice.
+    return [
+        prefix + name.lower().replace("_", "") + tail + randoms[16 * i : 16 * i + 16]
+        for i, name in enumerate(test_names)
+    ]
 
 
 def parse_report_id(report_id):

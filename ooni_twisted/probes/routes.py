@@ -25,12 +25,11 @@ from ..storage.spool import InvalidUID, SegmentSpool, Spool, uid_from_spool_path
 from ..web.body import json_body, raw_body
 from ..web.errors import ApiError, jerror
 from ..web.kit import new_app
-from ..web.responses import cachedjson, nocachejson, send_bytes
+from ..web.responses import NO_CACHE, cachedjson, nocachejson, send_bytes
 from .checkin import (
     BadProbeRequest,
+    CheckinEncoder,
     bouncer_response,
-    build_checkin_v1,
-    build_checkin_v2,
     choose_location,
     collectors,
     open_report,
@@ -241,6 +240,7 @@ class ProbeRoutes:
         self._pool = context.file_pool
         self._key = context.config.jwt_encryption_key
         self._files = {}
+        self._checkin = CheckinEncoder()
         self._peers = PeerAddresses(context.config.peers, context.reactor, context.file_pool)
 
     def _now(self):
@@ -248,7 +248,7 @@ class ProbeRoutes:
 
     # -- check-in ------------------------------------------------------------
 
-    def _check_in(self, request, build):
+    def _check_in(self, request, encode):
         try:
             probe = parse_checkin_body(json_body(request))
         except BadProbeRequest as e:
@@ -263,16 +263,16 @@ class ProbeRoutes:
         except Exception:
             log.failure("check-in test list failed; answering without URLs")
             urls = []
-        payload = build(geo, cc, asn, urls, ip, self._config.collector_id, self._now())
-        return nocachejson(request, payload)
+        body = encode(geo, cc, asn, urls, ip, self._config.collector_id, self._now())
+        return send_bytes(request, body, b"application/json", NO_CACHE)
 
     @app.route("/api/v1/check-in", methods=["POST"])
     def check_in(self, request):
-        return self._check_in(request, build_checkin_v1)
+        return self._check_in(request, self._checkin.v1)
 
     @app.route("/api/_/check-in", methods=["POST"])
     def check_in_v2(self, request):
-        return self._check_in(request, build_checkin_v2)
+        return self._check_in(request, self._checkin.v2)
 
     # -- static configuration -----------------------------------------------
 

@@ -343,10 +343,22 @@ class ChdbBackend:
                 return connection.query(text, fmt, params=encoded)
             return connection.query(text, params=encoded) if encoded else connection.query(text)
         except Exception as e:
+            self._discard_leftovers(connection)
             message = _first_line(e)
             if _is_timeout(message):
                 raise QueryTimeout(message)
             raise ClickHouseError(message)
+
+    @staticmethod
+    def _discard_leftovers(connection):
+        """
+        A query that failed part-way through its output leaves the rest
+        in the connection, to be glued to the next answer: read it away.
+        """
+        try:
+            connection.query("SELECT 1", "JSONCompact")
+        except Exception:
+            pass
 
     def query_rows(self, sql, params=None):
         result = self._run(sql, params, "JSONCompact")

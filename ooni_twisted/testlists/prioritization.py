@@ -206,7 +206,7 @@ class _CountryPlan:
     candidates again when some URL has been measured.
     """
 
-    __slots__ = ("candidates", "cold", "cold_order", "by_url", "items")
+    __slots__ = ("candidates", "cold", "cold_order", "by_url", "items", "_dicts")
 
     def __init__(self, candidates, priorities, rows):
         self.candidates = candidates
@@ -224,6 +224,17 @@ class _CountryPlan:
         cold.sort()
         self.cold = cold
         self.cold_order = [pos for _, pos in cold]
+        self._dicts = None
+
+    def item_dicts(self):
+        """One read-only list-item dict per position, shared by cached lists."""
+        dicts = self._dicts
+        if dicts is None:
+            dicts = self._dicts = [
+                {"category_code": category_code, "url": url, "country_code": country}
+                for category_code, url, country in self.items
+            ]
+        return dicts
 
 
 class _ListPriorities:
@@ -301,6 +312,10 @@ class _ListPriorities:
 # list of at most one int per candidate URL).
 _MAX_CACHED_ORDERS = 4096
 
+# Bounds the per-snapshot cache of finished lists (each holds at most one
+# reference per candidate URL; the item dicts are shared).
+_MAX_CACHED_LISTS = 1024
+
 
 class PrioritySnapshot:
     """Everything needed to build test lists, frozen at one moment.
@@ -313,7 +328,8 @@ class PrioritySnapshot:
 
     Never mutated: a refresh builds a new snapshot (with_counters() keeps
     the work done on rows and rules) and swaps it in.  Lists are computed
-    lazily per country and cached inside the snapshot.
+    lazily per country and cached inside the snapshot; generate() hands
+    out the cached lists themselves, so callers must not mutate them.
     """
 
     def __init__(self, citizenlab, rules, counters, cc_counters=None, _lists=None):
@@ -333,6 +349,7 @@ class PrioritySnapshot:
                     derived.setdefault(cc.upper(), {})[url] = count
         self._cc_counts = derived
         self._orders = {}
+        self._results = {}
 
     def with_counters(self, counters, cc_counters=None):
         """A new snapshot with fresh counters and the same rows and rules."""
@@ -382,29 +399,37 @@ class PrioritySnapshot:
                 True,
             )
         plan = self._lists.plan(cc)
-        order = self._order(plan, cc, asn)
+        order_key, order = self._order(plan, cc, asn)
         categories = frozenset(category_codes or ())
+        key = (order_key, categories, limit)
+        result = self._results.get(key)
+        if result is not None:
+            return result
+        dicts = plan.item_dicts()
         items = []
         for pos in order:
-            category_code, url, country = plan.items[pos]
-            if categories and category_code not in categories:
+            item = dicts[pos]
+            if categories and item["category_code"] not in categories:
                 continue
-            items.append(
-                {"category_code": category_code, "url": url, "country_code": country}
-            )
+            items.append(item)
             if len(items) >= limit:
                 break
-        return TestList(items, [], [])
+        result = TestList(items, [], [])
+        if len(self._results) >= _MAX_CACHED_LISTS:
+            self._results.clear()
+        self._results[key] = result
+        return result
 
     def _order(self, plan, cc, asn):
-        """Positions of the country's positive candidates, heaviest first.
+        """(key, positions of the country's positive candidates, heaviest first).
 
         Depends only on this snapshot, so it is computed once per measured
-        network; unmeasured networks share the plan's own order.
+        network; unmeasured networks share the plan's own order, and the
+        key says which order it is: the plan itself or (cc, asn).
         """
         counts = self._counts(cc, asn)
         if not counts:
-            return plan.cold_order
+            return plan, plan.cold_order
         key = (cc, int(asn))
         order = self._orders.get(key)
         if order is None:
@@ -418,7 +443,7 @@ class PrioritySnapshot:
             if len(self._orders) >= _MAX_CACHED_ORDERS:
                 self._orders.clear()
             self._orders[key] = order
-        return order
+        return key, order
 
     def failover(self, category_codes, limit, rng):
         """failover_test_list over the snapshot's global list."""

@@ -40,16 +40,20 @@ def _clean_floats(value):
     return value
 
 
+# Encoders are immutable settings (each encode() call has its own state);
+# building them once spares json.dumps constructing one per response.
+_STRICT = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), default=_default, allow_nan=False
+)
+_LENIENT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_default)
+
+
 def dumps(payload):
     """
     Encode C{payload} to the bytes of a JSON response body.
     """
     try:
-        text = json.dumps(
-            payload, sort_keys=True, separators=(",", ":"), default=_default, allow_nan=False
-        )
+        text = _STRICT.encode(payload)
     except ValueError:
-        text = json.dumps(
-            _clean_floats(payload), sort_keys=True, separators=(",", ":"), default=_default
-        )
+        text = _LENIENT.encode(_clean_floats(payload))
     return text.encode("utf-8") + b"\n"
