@@ -96,12 +96,16 @@ class ApiResource(Resource):
         """
         The first feature whose map matches (or redirects) C{path}; else
         the first 405 or a 404, as (resource or None, error or None).
+
+        A path that an earlier feature serves under other methods is a 405
+        even when a later feature's pattern (the catch-all pages) would
+        take it: C{GET /report/<id>} is the wrong method, not an old date.
         """
         fallback = None
         for url_map, resource in self._routes:
             adapter = url_map.bind("localhost", path_info=path)
             try:
-                adapter.match(path, method=method)
+                rule, _ = adapter.match(path, method=method, return_rule=True)
             except RequestRedirect:
                 return resource, None
             except MethodNotAllowed as e:
@@ -109,6 +113,8 @@ class ApiResource(Resource):
                 continue
             except NotFound:
                 continue
+            if fallback is not None and rule.arguments:
+                return fallback
             return resource, None
         return fallback or (None, NotFound())
 

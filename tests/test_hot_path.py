@@ -5,7 +5,6 @@ test lists cached in the snapshot, routing answers looked up in a table.
 """
 
 import json
-import os
 import random
 from datetime import datetime, timedelta, timezone
 

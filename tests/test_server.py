@@ -32,6 +32,9 @@ class ServerTests(unittest.TestCase):
         response, body = await server.client.post("/health", {})
         self.assertEqual(response.code, 405)
         self.assertEqual(body, {"error": "Method not allowed"})
+        response, body = await server.client.get("/report/20230101T000000Z_ndt_IT_1_n1_abc")
+        self.assertEqual((response.code, body), (405, {"error": "Method not allowed"}))
+        self.assertEqual(response.headers.getRawHeaders("allow"), ["POST"])
 
     @deferred_test
     async def test_undecodable_path(self):
