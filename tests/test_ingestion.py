@@ -540,7 +540,7 @@ class ServerTests(unittest.TestCase):
         response, answer = await server.client.post(f"/report/{report_id}", {"format": "json", "content": m})
         uid = answer["measurement_uid"]
         found = []
-        for _ in range(50):
+        for _ in range(300):  # up to 30 s on a loaded machine
             _, page = await server.client.get(f"/api/v1/measurements?report_id={report_id}")
             found = page["results"]
             if found:

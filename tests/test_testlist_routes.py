@@ -30,7 +30,7 @@ async def list_server(testcase):
     return server
 
 
-async def eventually(check, timeout=5.0):
+async def eventually(check, timeout=15.0):
     """
     Run C{check} until it returns a true value or C{timeout} seconds pass;
     return its last value.
