@@ -290,10 +290,13 @@ class RoutingTableTests(SynchronousTestCase):
         self.assertEqual(self.find(b"GET", b"/dir/"), (first, None))
 
     def test_catch_all_last(self):
-        """With a catch-all feature last, only paths no earlier feature has reach it."""
+        """With a catch-all feature last, only paths no earlier feature has reach it;
+        a path an earlier feature serves under other methods is a 405."""
         resource = ApiResource(self.features)
         first, second, pages = [r for _, r in resource._routes]
         self.assertIs(self.find(b"GET", b"/a", resource)[0], first)
         self.assertIs(self.find(b"POST", b"/a", resource)[0], second)
-        self.assertIs(self.find(b"PUT", b"/a", resource)[0], pages)
+        found, error = self.find(b"PUT", b"/a", resource)
+        self.assertIsNone(found)
+        self.assertIsInstance(error, MethodNotAllowed)
         self.assertIs(self.find(b"GET", b"/elsewhere", resource)[0], pages)

@@ -16,6 +16,7 @@ import math
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
+from ..storage.schema import FASTPATH_COLUMNS
 from .scoring import uid_reception_time
 
 __all__ = [
@@ -26,41 +27,8 @@ __all__ = [
     "parse_time",
 ]
 
-COLUMNS = (
-    "measurement_uid",
-    "report_id",
-    "input",
-    "probe_cc",
-    "probe_asn",
-    "test_name",
-    "test_start_time",
-    "measurement_start_time",
-    "filename",
-    "scores",
-    "platform",
-    "anomaly",
-    "confirmed",
-    "msm_failure",
-    "domain",
-    "software_name",
-    "software_version",
-    "control_failure",
-    "blocking_general",
-    "is_ssl_expected",
-    "page_len",
-    "page_len_ratio",
-    "server_cc",
-    "server_asn",
-    "server_as_name",
-    "test_version",
-    "architecture",
-    "engine_name",
-    "engine_version",
-    "test_runtime",
-    "blocking_type",
-    "test_helper_address",
-    "test_helper_type",
-)
+#: The keys of a row: the fastpath columns ingestion writes.
+COLUMNS = FASTPATH_COLUMNS
 
 # ClickHouse DateTime covers 1970-01-01 00:00:00 .. 2106-02-07 06:28:15 UTC
 _MIN_TIME = datetime(1970, 1, 1)
