@@ -260,10 +260,10 @@ def fastpath_row(msm, measurement_uid, scores, received=None):
         "server_asn": 0,
         "server_as_name": "",
         "test_version": _text(msm.get("test_version")),
+        "test_runtime": _float(msm.get("test_runtime")),
         "architecture": _text(annotations.get("architecture")),
         "engine_name": _text(annotations.get("engine_name")),
         "engine_version": _text(annotations.get("engine_version")),
-        "test_runtime": _float(msm.get("test_runtime")),
         "blocking_type": _text(_nested(scores, "analysis", "blocking_type")),
         "test_helper_address": _text(
             _nested(msm, "test_helpers", "backend", "address")
