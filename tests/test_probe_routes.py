@@ -18,6 +18,7 @@ from ooni_twisted.storage.spool import hourdir
 from ooni_twisted.testlists import citizenlab
 
 from .mmdb import build_test_mmdbs
+from .test_checkin_logic import BOUNCER
 from .support import DATA, JWT_KEY, deferred_test, make_config, start_server
 
 NOCACHE = ["max-age=0, no-cache"]
@@ -423,40 +424,7 @@ class StaticRoutesTests(unittest.TestCase):
         response, body = await server.client.post("/bouncer/net-tests", request)
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders("cache-control"), NOCACHE)
-        expected = {
-            "net-tests": [
-                {
-                    "collector": "httpo://guegdifjy7bjpequ.onion",
-                    "collector-alternate": [
-                        {"type": "https", "address": "https://ams-pg.ooni.org"},
-                        {
-                            "front": "dkyhjv0wpi2dk.cloudfront.net",
-                            "type": "cloudfront",
-                            "address": "https://dkyhjv0wpi2dk.cloudfront.net",
-                        },
-                    ],
-                    "input-hashes": None,
-                    "name": "web_connectivity",
-                    "test-helpers": {
-                        "tcp-echo": "37.218.241.93",
-                        "http-return-json-headers": "http://37.218.241.94:80",
-                        "web-connectivity": "httpo://y3zq5fwelrzkkv3s.onion",
-                    },
-                    "test-helpers-alternate": {
-                        "web-connectivity": [
-                            {"type": "https", "address": "https://wcth.ooni.io"},
-                            {
-                                "front": "d33d1gs9kpq1c5.cloudfront.net",
-                                "type": "cloudfront",
-                                "address": "https://d33d1gs9kpq1c5.cloudfront.net",
-                            },
-                        ]
-                    },
-                    "version": "0.0.1",
-                }
-            ]
-        }
-        self.assertEqual(body, expected)
+        self.assertEqual(body, BOUNCER)
         for data in (b"", b"{}", b'{"net-tests": []}', b'{"net-tests": [{"name": "x"}]}', b"[1"):
             response, body = await server.client.post("/bouncer/net-tests", data=data)
             self.assertEqual((response.code, body), (400, {"error": "Malformed request"}))
