@@ -37,9 +37,6 @@ TOO_MANY_REQUESTS = {"error": "429 error"}
 
 SUMMARY_SIZE = 20
 
-#: Entries of the (peer, X-Real-IP) -> quota key memo before it is emptied.
-MEMO_SIZE = 65536
-
 # Where before() leaves (key, kind) for after(); None means unmetered.
 _METER = "_ooni_quota_meter"
 
@@ -68,7 +65,6 @@ class QuotaHook(RequestHooks):
         self._client_address = client_address
         self._sessions = sessions
         self._limit_texts = {}
-        self._keys = {}
         self._reset = (None, b"")
 
     def meter(self, request):
@@ -88,32 +84,19 @@ class QuotaHook(RequestHooks):
     def _network_key(self, request):
         """
         The quota key of the limiter address (None: unmetered network).
-
-        The limiter rule is a function of the TCP peer and the X-Real-IP
-        header alone, so its answer is memoized on that pair: checking the
-        peer against the trusted proxies costs more than the rest of the
-        quota accounting together.
+        Both steps remember their answers (the trusted-proxy check in
+        L{ClientAddress}, the key per address in L{QuotaKeyer}).
         """
         client_address = self._client_address
-        peer = client_address.peer(request)
-        pair = (peer, request.getHeader(b"x-real-ip"))
         try:
-            return self._keys[pair]
-        except KeyError:
-            pass
-        try:
-            key = self._keyer(client_address.limiter_ip(request))
+            return self._keyer(client_address.limiter_ip(request))
         except ValueError:
             # A proxy sent something that is not an address: key by the
             # peer itself rather than let a header pick (or dodge) a bucket.
             try:
-                key = self._keyer(peer)
+                return self._keyer(client_address.peer(request))
             except ValueError:
-                key = None
-        if len(self._keys) >= MEMO_SIZE:
-            self._keys.clear()
-        self._keys[pair] = key
-        return key
+                return None
 
     def before(self, request):
         store = self.store

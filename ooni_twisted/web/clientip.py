@@ -20,16 +20,34 @@ class ClientAddress:
     trusted proxy networks.
     """
 
+    #: Peers remembered as trusted or not before the memo is emptied.
+    MEMO_SIZE = 65536
+
     def __init__(self, trusted_proxies):
         self._trusted = tuple(trusted_proxies)
+        self._trust_memo = {}
 
     def peer(self, request):
         address = request.getClientAddress()
         return getattr(address, "host", None) or "127.0.0.1"
 
     def _trusts(self, peer):
+        """
+        Whether C{peer} is a trusted proxy. Remembered per peer string:
+        parsing the address costs more than the rest of an address rule,
+        and every request asks.
+        """
+        memo = self._trust_memo
+        try:
+            return memo[peer]
+        except KeyError:
+            pass
         ip = _parse(peer)
-        return ip is not None and any(ip in network for network in self._trusted)
+        trusted = ip is not None and any(ip in network for network in self._trusted)
+        if len(memo) >= self.MEMO_SIZE:
+            memo.clear()
+        memo[peer] = trusted
+        return trusted
 
     def probe_ip(self, request):
         """
