@@ -178,7 +178,9 @@ class Context:
         self.client_address = ClientAddress(config.trusted_proxies)
         self.sessions = Sessions(config.jwt_encryption_key, clickhouse, reactor)
         self.hooks = []
-        self.geoip = self.spool = self.priorities = None  # set by build_resource
+        # Shared services, set by build_resource.
+        self.archive = self.cache = self.geoip = self.spool = None
+        self.priorities = self.ingestor = None
         self._closers = []
         self._admin_listeners = []
 
@@ -222,15 +224,20 @@ def build_context(api_service):
 
 async def build_resource(context):
     """
-    Assemble every feature, in routing order (literal paths before the
-    catch-all pages), into one resource.
+    Start the shared services on the context (archive, cache, quotas,
+    prioritisation, spool, ingestion), then assemble every feature, in
+    routing order (literal paths before the catch-all pages), into one
+    resource. The features import this module, hence the late imports.
     """
-    from .pages import PageRoutes
-    from .ratelimit import build_quotas
-
-    features = []
     from .measurements.bodies import open_archive
+    from .measurements.ingestion import start_ingestion
+    from .measurements.routes import MeasurementRoutes
+    from .pages import PageRoutes
+    from .probes.routes import ProbeRoutes, open_probe_services
+    from .ratelimit import build_quotas
     from .storage.cache import open_cache
+    from .testlists.live import start_live_priorities
+    from .testlists.routes import TestListRoutes
 
     context.archive = open_archive(context.config, context.reactor, context.file_pool)
     context.on_close(context.archive.close)
@@ -238,20 +245,15 @@ async def build_resource(context):
     context.on_close(context.cache.close)
     quotas = build_quotas(context)
     context.hooks.append(quotas.hook)
-    features.append(quotas.routes)
-    from .probes.routes import ProbeRoutes, open_probe_services
-    from .testlists.live import start_live_priorities
-    from .testlists.routes import TestListRoutes
-
     context.priorities = await start_live_priorities(context)
     await open_probe_services(context)  # context.geoip, context.spool
-    from .measurements.ingestion import start_ingestion
-
     context.ingestor = await start_ingestion(context)  # drains context.spool
-    features.append(ProbeRoutes(context))
-    features.append(TestListRoutes(context))
-    from .measurements.routes import MeasurementRoutes
 
-    features.append(MeasurementRoutes.from_context(context))
-    features.append(PageRoutes(context.clickhouse))
+    features = [
+        quotas.routes,
+        ProbeRoutes(context),
+        TestListRoutes(context),
+        MeasurementRoutes.from_context(context),
+        PageRoutes(context.clickhouse),
+    ]
     return ApiResource(features, hooks=context.hooks)
